@@ -81,6 +81,18 @@ const listOf =
     return null;
   };
 
+/**
+ * Ports fetch() refuses to connect to (the Fetch standard's "bad ports").
+ * Refused here so a metadata URL on one is a config error at once, not a
+ * "bad port" retried until the deadline.
+ */
+export const FETCH_BAD_PORTS = new Set([
+  1, 7, 9, 11, 13, 15, 17, 19, 20, 21, 22, 23, 25, 37, 42, 43, 53, 69, 77, 79, 87, 95, 101, 102, 103, 104, 109, 110,
+  111, 113, 115, 117, 119, 123, 135, 137, 139, 143, 161, 179, 389, 427, 465, 512, 513, 514, 515, 526, 530, 531, 532,
+  540, 548, 554, 556, 563, 587, 601, 636, 989, 990, 993, 995, 1719, 1720, 1723, 2049, 3659, 4045, 4190, 5060, 5061,
+  6000, 6566, 6665, 6666, 6667, 6668, 6669, 6679, 6697, 10080,
+]);
+
 /** Where imds-init may fetch metadata from: plain http(s) origins only. */
 export function checkMetadataUrl(v: unknown): string | null {
   const expected = "an http:// URL with no path, user, query or fragment";
@@ -93,6 +105,7 @@ export function checkMetadataUrl(v: unknown): string | null {
   }
   if ((u.protocol !== "http:" && u.protocol !== "https:") || u.username || u.password || u.search || u.hash) return expected;
   if (u.pathname !== "/" && u.pathname !== "") return expected;
+  if (u.port && FETCH_BAD_PORTS.has(Number(u.port))) return `${expected}, on a port HTTP clients may use (not ${u.port})`;
   return null;
 }
 

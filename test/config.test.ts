@@ -2,7 +2,8 @@ import { describe, expect, it, beforeAll, afterAll } from "vitest";
 import { mkdtempSync, writeFileSync, symlinkSync, rmSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { parseConfig, loadConfig, defaults, ConfigError } from "../src/config.ts";
+import { createRequire } from "node:module";
+import { parseConfig, loadConfig, defaults, ConfigError, FETCH_BAD_PORTS } from "../src/config.ts";
 
 const F = "/etc/imds-init.yaml";
 const bad = (text: string, msg: RegExp) => {
@@ -69,6 +70,7 @@ log: { level: debug }
     bad("metadata:\n  urls: http://169.254.169.254\n", /metadata.urls: expected a list/);
     bad("metadata:\n  urls: [ftp://169.254.169.254]\n", /metadata.urls: expected a list of an http:\/\/ URL/);
     bad("metadata:\n  urls: [http://169.254.169.254/latest/]\n", /metadata.urls/);
+    bad("metadata:\n  urls: [http://169.254.169.254:6000]\n", /metadata.urls: .*not 6000/);
   });
   it("refuses bad user names", () => bad("ssh_keys:\n  users: [root, 'bad user']\n", /ssh_keys.users: expected a list of a user name/));
   it("refuses a relative or escaping package path", () => {
@@ -108,5 +110,16 @@ describe("loadConfig", () => {
   it("refuses a directory", () => {
     mkdirSync(join(dir, "d.yaml"));
     expect(() => loadConfig(join(dir, "d.yaml"), false)).toThrow(ConfigError);
+  });
+});
+
+describe("metadata URL ports", () => {
+  it("refuses exactly the ports fetch() refuses, so a bad port fails at once and not at the deadline", async () => {
+    // undici's own list, the one fetch() checks: ours must not drift from it.
+    const undiciList = createRequire(import.meta.url)("undici/lib/web/fetch/constants.js").badPorts as string[];
+    expect([...FETCH_BAD_PORTS].map(String)).toEqual(undiciList);
+    await expect(fetch("http://127.0.0.1:6000/")).rejects.toThrow(/fetch failed/);
+    const err = await fetch("http://127.0.0.1:10080/").catch((e: Error) => e.cause as Error);
+    expect(String(err)).toMatch(/bad port/);
   });
 });
