@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { createServer } from "node:net";
 import { startEmulator, loadData, type Emulator } from "../scripts/imds-emulator.ts";
 import { BINARY, requireBinary } from "./binary.ts";
 
@@ -145,7 +146,12 @@ describe("rc/imds-init", () => {
   });
 
   it("a step failing (metadata service unreachable): exit 1, and the fingerprints are still printed", async () => {
-    writeFileSync(join(root, "etc/imds-init.yaml"), "metadata:\n  urls: [http://127.0.0.1:9]\n  deadline_s: 1\n");
+    // A port that was just free: nothing answers there.
+    const srv = createServer().listen(0, "127.0.0.1");
+    await new Promise((r) => srv.once("listening", r));
+    const port = (srv.address() as { port: number }).port;
+    await new Promise((r) => srv.close(r));
+    writeFileSync(join(root, "etc/imds-init.yaml"), `metadata:\n  urls: [http://127.0.0.1:${port}]\n  deadline_s: 1\n`);
     const r = await rc("start");
     expect(r.code).toBe(1);
     expect(r.stdout).toContain("-----BEGIN SSH HOST KEY FINGERPRINTS-----");
