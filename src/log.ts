@@ -51,7 +51,14 @@ export class Log {
 
   private emit(level: LogLevel, msg: string, fields: Fields = {}): void {
     if (!this.enabled(level)) return;
-    this.file?.[level](fields, msg);
+    try {
+      this.file?.[level](fields, msg);
+    } catch (e) {
+      // A full or read-only disk must not turn a log line into a failed
+      // boot: the file log stops, the console keeps every line.
+      this.file = null;
+      this.stderr(`imds-init: cannot write the log file any more (${(e as Error).message}); logging to the console only`);
+    }
     this.stderr(`imds-init: ${fields.step ? fields.step + ": " : ""}${msg}`);
   }
 

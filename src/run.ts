@@ -5,11 +5,11 @@ import type { Log } from "./log.ts";
 import type { Options, StepName } from "./cli.ts";
 import { connect } from "./imds/client.ts";
 import { MetadataUnreachable, type Metadata } from "./imds/metadata.ts";
-import { loadState, saveState, emptyState, StateUnreadable, type State, type StepRecord } from "./state.ts";
+import { loadState, saveState, emptyState, stateDir, stateFile, StateUnreadable, type State, type StepRecord } from "./state.ts";
 import type { StepContext, StepResult } from "./steps/step.ts";
 import { run as hostname } from "./steps/hostname.ts";
 import { run as sshKeys } from "./steps/ssh-keys.ts";
-import { run as userData } from "./steps/user-data.ts";
+import { run as userData, removeStaleScripts } from "./steps/user-data.ts";
 import { run as fingerprints } from "./steps/fingerprints.ts";
 import { run as basesystem } from "./steps/basesystem.ts";
 import { validInstanceId } from "./imds/values.ts";
@@ -51,8 +51,10 @@ function selected(opts: Options, config: Config): StepSpec[] {
 function notDue(spec: StepSpec, rec: StepRecord | undefined, instanceId: string, force: boolean): string | null {
   if (!spec.perInstance || force || !rec || rec.instance_id !== instanceId) return null;
   if (rec.result === "ok") return `already done for ${instanceId} at ${rec.at}`;
-  // user-data is marked started before it runs: whatever happened next, it never runs twice.
-  if (spec.name === "user-data") return `already ran for ${instanceId} at ${rec.at} (${rec.result}); --force runs it again`;
+  // user-data is marked started just before its script runs: whatever
+  // happened next, it never runs twice. A failure before that is retried.
+  if (spec.name === "user-data" && (rec.result === "started" || rec.executed))
+    return `already ran for ${instanceId} at ${rec.at} (${rec.result}); --force runs it again`;
   return null;
 }
 
@@ -75,6 +77,9 @@ export async function runSteps(opts: Options, config: Config, log: Log, stdout: 
     state = emptyState();
     stateOk = false;
   }
+
+  // A copy of user-data (often secrets) left by a run killed mid-script.
+  if (!opts.dryRun) removeStaleScripts(stateDir(root));
 
   let failed = false;
   let unreachable = false;
@@ -105,7 +110,7 @@ export async function runSteps(opts: Options, config: Config, log: Log, stdout: 
       saveState(root, state);
     } catch (e) {
       failed = true;
-      log.error(`cannot save state: ${(e as Error).message}`);
+      log.error(`cannot save state to ${stateFile(root)}: ${(e as Error).message}`);
     }
   };
 
@@ -129,21 +134,25 @@ export async function runSteps(opts: Options, config: Config, log: Log, stdout: 
       log.info(why, fields);
       continue;
     }
-    if (spec.name === "user-data" && !opts.dryRun) {
-      if (!stateOk && !opts.force) {
-        log.error("not run: the state is unreadable, so it cannot be known whether user-data already ran; --force runs it", fields);
-        failed = true;
-        continue;
-      }
-      state.steps[spec.name] = { instance_id: instanceId!, result: "started", at: now.toISOString() };
+    if (spec.name === "user-data" && !opts.dryRun && !stateOk && !opts.force) {
+      log.error("not run: the state is unreadable, so it cannot be known whether user-data already ran; --force runs it", fields);
+      failed = true;
+      continue;
+    }
+    let executed = false;
+    const markStarted = (): void => {
+      state.steps[spec.name] = { instance_id: instanceId!, result: "started", at: now.toISOString(), executed: true };
       try {
         saveState(root, state);
       } catch (e) {
-        log.error(`not run: cannot record that user-data started: ${(e as Error).message}`, fields);
-        failed = true;
-        continue;
+        // Not recorded, not run: a later save of the state (next step) must
+        // not record a start that never happened, or it would never run.
+        if (rec) state.steps[spec.name] = rec;
+        else delete state.steps[spec.name];
+        throw new Error(`cannot record in ${stateFile(root)} that user-data started: ${(e as Error).message}`);
       }
-    }
+      executed = true;
+    };
     const started = performance.now();
     const ctx: StepContext = {
       root,
@@ -156,6 +165,7 @@ export async function runSteps(opts: Options, config: Config, log: Log, stdout: 
       now,
       previous: rec,
       stdout,
+      markStarted: spec.name === "user-data" && !opts.dryRun ? markStarted : undefined,
     };
     let record: StepRecord;
     try {
@@ -172,6 +182,7 @@ export async function runSteps(opts: Options, config: Config, log: Log, stdout: 
       failed = true;
       log.error(`failed: ${msg}`, { ...fields, result: "failed", duration_ms: ms });
     }
+    if (executed) record.executed = true;
     if (spec.perInstance || instanceId) {
       state.steps[spec.name] = record;
       persist();

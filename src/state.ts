@@ -8,9 +8,11 @@ import type { StepName } from "./cli.ts";
 
 export interface StepRecord {
   instance_id: string;
-  /** "started" is written before user-data runs, so a crash cannot make it run twice. */
+  /** "started" is written just before user-data's script runs, so a crash cannot make it run twice. */
   result: "ok" | "failed" | "started";
   at: string;
+  /** user-data: its script was started (exec'd). Set, it never runs again for this instance. */
+  executed?: boolean;
   duration_ms?: number;
   summary?: string;
   data?: Record<string, unknown>;

@@ -347,7 +347,7 @@ describe("user-data: hostile filesystem", () => {
     fs.mkdirSync(join(root, "var/log"));
     fs.writeFileSync(join(root, "precious"), "keep\n");
     fs.symlinkSync(join(root, "precious"), logFile());
-    await expect(run(ctx("#!/bin/sh\ntouch /out/ran\n"))).rejects.toThrow(/^not run: cannot open .*imds-init-user-data\.log: .*symlink.*; --force runs it again$/);
+    await expect(run(ctx("#!/bin/sh\ntouch /out/ran\n"))).rejects.toThrow(/^not run: cannot open .*imds-init-user-data\.log: .*symlink.*; tried again at the next boot$/);
     expect(fs.existsSync(out("ran"))).toBe(false);
     expect(fs.readFileSync(join(root, "precious"), "utf8")).toBe("keep\n");
   });
@@ -362,7 +362,7 @@ describe("user-data: hostile filesystem", () => {
   it("refuses a symlinked state directory and runs nothing", async () => {
     fs.mkdirSync(join(root, "elsewhere"));
     fs.symlinkSync(join(root, "elsewhere"), stateDir());
-    await expect(run(ctx("#!/bin/sh\ntouch /out/ran\n"))).rejects.toThrow(/^not run: .*is a symlink; refusing to use it; --force runs it again$/);
+    await expect(run(ctx("#!/bin/sh\ntouch /out/ran\n"))).rejects.toThrow(/^not run: .*is a symlink; refusing to use it; tried again at the next boot$/);
     expect(fs.existsSync(out("ran"))).toBe(false);
     expect(fs.readdirSync(join(root, "elsewhere"))).toEqual([]);
   });
@@ -472,3 +472,39 @@ console.log(JSON.stringify({ ok, missing, pwd: r("pwd"), stdin: r("stdin"), env:
   });
 });
 
+
+describe("user-data: recording the start", () => {
+  it("records the start once, after the copy is written and just before the script runs", async () => {
+    const seen: string[][] = [];
+    const c = ctx("#!/bin/sh\n: >/out/ran\n");
+    c.markStarted = () => {
+      // The script is written and has not run yet.
+      seen.push(fs.readdirSync(stateDir()).filter((n) => n.startsWith("user-data.")));
+      expect(fs.existsSync(out("ran"))).toBe(false);
+    };
+    await run(c);
+    expect(seen).toHaveLength(1);
+    expect(seen[0]).toHaveLength(1);
+    expect(fs.existsSync(out("ran"))).toBe(true);
+  });
+
+  it("runs nothing when the start cannot be recorded, and leaves no copy behind", async () => {
+    const c = ctx("#!/bin/sh\n: >/out/ran\n");
+    c.markStarted = () => {
+      throw new Error("cannot record in /x/state.json that user-data started: ENOSPC");
+    };
+    await expect(run(c)).rejects.toThrow(/^not run: cannot record in \/x\/state\.json that user-data started: ENOSPC; tried again at the next boot$/);
+    expect(fs.existsSync(out("ran"))).toBe(false);
+    expect(fs.readdirSync(stateDir()).filter((n) => n.startsWith("user-data."))).toEqual([]);
+  });
+
+  it("does not record a start for user-data it ignores or cannot fetch", async () => {
+    let calls = 0;
+    for (const body of ["#cloud-config\n", null]) {
+      const c = ctx(body);
+      c.markStarted = () => void calls++;
+      await run(c);
+    }
+    expect(calls).toBe(0);
+  });
+});

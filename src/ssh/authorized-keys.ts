@@ -208,8 +208,14 @@ export function installKeys(root: string, user: PasswdUser, keys: readonly Publi
     if (toAdd.length > 0) {
       const data = appendLines(existing, toAdd.map(authorizedKeyLine));
       const own = { mode: KEYS_FILE_MODE, uid: user.uid, gid: user.gid };
-      if (proc) writeFileAtomicIn(sshFd, "authorized_keys", data, own);
-      else writeFileAtomic(akRef, data, own);
+      try {
+        if (proc) writeFileAtomicIn(sshFd, "authorized_keys", data, own);
+        else writeFileAtomic(akRef, data, own);
+      } catch (e) {
+        // write(2) and fsync(2) errors (ENOSPC, EIO) name no file: say which.
+        if (e instanceof FileRefused || !(e as NodeJS.ErrnoException).code) throw e;
+        throw new UserError(`user ${user.name}: cannot write ${akShown}: ${(e as Error).message}`);
+      }
     } else if (akChanges.length > 0) {
       // Nothing to add, but the file's owner or mode is wrong: fixed in
       // place (no rewrite), on the very file that was checked.

@@ -23,6 +23,12 @@ export interface StepContext {
   previous: StepRecord | undefined;
   /** Where console output (the fingerprint block) goes. */
   stdout: (text: string) => void;
+  /**
+   * user-data: record, just before its script runs, that it started, so a
+   * crash from there on cannot make it run twice. Throws when that cannot
+   * be recorded; the script must not run then.
+   */
+  markStarted?: () => void;
 }
 
 export interface StepResult {

@@ -172,9 +172,22 @@ function findChroot(): string | null {
   return null;
 }
 
-/** Remove script copies an interrupted run left in the state directory (ours by name, regular files only). */
-function removeStaleScripts(dir: string): void {
-  for (const name of fs.readdirSync(dir)) {
+/**
+ * Remove script copies an interrupted run left in the state directory (ours
+ * by name, regular files only). run.ts calls it at every run: after a crash
+ * mid-script user-data is recorded as started and never runs again, so its
+ * own cleanup would never come.
+ */
+export function removeStaleScripts(dir: string): void {
+  // Missing: nothing left behind. A symlink: never followed (saving the state refuses it too).
+  if (!lstatOrNull(dir)?.isDirectory()) return;
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return; // best effort, like the unlinks below
+  }
+  for (const name of names) {
     if (!scriptName.test(name)) continue;
     const p = join(dir, name);
     if (lstatOrNull(p)?.isFile()) {
@@ -221,7 +234,8 @@ export async function run(ctx: StepContext): Promise<StepResult> {
   const logPath = under(ctx.root, paths.userDataLog);
   const stateDir = under(ctx.root, paths.stateDir);
   const timeoutS = ctx.config.user_data.timeout_s;
-  const notRun = (why: string): StepError => new StepError(`not run: ${why}; --force runs it again`);
+  // Nothing started: the step stays due (see markStarted below).
+  const notRun = (why: string): StepError => new StepError(`not run: ${why}; tried again at the next boot`);
 
   let chroot: string | null = null;
   if (chrooted) {
@@ -247,6 +261,13 @@ export async function run(ctx: StepContext): Promise<StepResult> {
       throw notRun(`cannot write ${file ?? stateDir}: ${(e as Error).message}`);
     }
     const argv = chroot ? [chroot, resolve(ctx.root), join(paths.stateDir, basename(file))] : [file];
+    // Only now: a failure before this point (download, gunzip, files) leaves
+    // user-data due, to be tried again at the next boot.
+    try {
+      ctx.markStarted?.();
+    } catch (e) {
+      throw notRun((e as Error).message);
+    }
     const out = await execute(argv, logFd, timeoutS * 1000);
     data.duration_ms = out.ms;
     data.exit_status = out.status;
@@ -272,7 +293,8 @@ export async function run(ctx: StepContext): Promise<StepResult> {
       // chroot(8) itself exits 125-127 when it cannot start the script.
       if (failed && chroot && out.status !== null && out.status >= 125 && out.status <= 127)
         ending += ` (chroot could not start it? check that ${interp} exists and is executable in ${resolve(ctx.root)})`;
-      else if (failed && kind.hint) ending += `; ${kind.hint}`;
+      // The #! line's own defect (a CR) is the likelier cause, chrooted or not.
+      if (failed && kind.hint) ending += `; ${kind.hint}`;
     }
     try {
       writeAll(logFd, Buffer.from(`=== ${ending} ===\n`));
