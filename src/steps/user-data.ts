@@ -26,7 +26,6 @@ import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
-import { gunzipSync } from "node:zlib";
 import { paths, under, scriptEnv, commandPath, chrootCommand } from "../os.ts";
 import { ensureDir, openAppend, requireRegularOrMissing, lstatOrNull, writeAll, writeFileExclusive } from "../files.ts";
 import { StepError, shown, type StepContext, type StepResult } from "./step.ts";
@@ -45,7 +44,9 @@ export function isGzip(b: Buffer): boolean {
  */
 export function gunzipBounded(gz: Buffer, max: number): Buffer {
   try {
-    return gunzipSync(gz, { maxOutputLength: max });
+    // Loaded here, not imported: loading zlib costs a boot about 5 ms of
+    // CPU, and most user-data is not gzip.
+    return process.getBuiltinModule("node:zlib").gunzipSync(gz, { maxOutputLength: max });
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "ERR_BUFFER_TOO_LARGE")
       throw new StepError(`user-data is gzip that expands past ${max} bytes (metadata.max_bytes): refused, not run`);
