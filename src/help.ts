@@ -41,7 +41,8 @@ files (under ROOT):
 
 exit status:
   0  every step run succeeded
-  1  at least one step failed (the others still ran)
+  1  at least one step failed (the others still ran), or another run on
+     ROOT held ROOT/var/lib/imds-init/lock for 60 s and nothing ran
   2  usage or configuration error
   3  metadata service unreachable before the deadline (metadata.deadline_s)
 

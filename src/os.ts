@@ -18,6 +18,10 @@ export const paths = {
   // sethostname(2), with no helper binary that an image might lack.
   procHostname: "/proc/sys/kernel/hostname",
   devNull: "/dev/null",
+  // This boot's id: a run lock from another boot is stale.
+  bootId: "/proc/sys/kernel/random/boot_id",
+  // The run lock, in stateDir.
+  lockName: "lock",
 } as const;
 
 // Linux's limit on the kernel host name (HOST_NAME_MAX, __NEW_UTS_LEN);

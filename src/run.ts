@@ -14,6 +14,16 @@ import { run as fingerprints } from "./steps/fingerprints.ts";
 import { run as basesystem } from "./steps/basesystem.ts";
 import { validInstanceId } from "./imds/values.ts";
 import { EXIT } from "./exit.ts";
+import { ensureDir } from "./files.ts";
+import { acquire, type Acquired } from "./lock.ts";
+import { paths } from "./os.ts";
+import { join } from "node:path";
+
+/**
+ * How long a run waits for another run on the same root to finish (an rc
+ * restart while the last start's user-data still runs) before giving up.
+ */
+export const LOCK_WAIT_MS = 60_000;
 
 interface StepSpec {
   name: StepName;
@@ -59,6 +69,32 @@ function notDue(spec: StepSpec, rec: StepRecord | undefined, instanceId: string,
 }
 
 export async function runSteps(opts: Options, config: Config, log: Log, stdout: (t: string) => void): Promise<number> {
+  // A dry run changes nothing, so it neither needs nor blocks the lock.
+  if (opts.dryRun) return runUnlocked(opts, config, log, stdout);
+  const dir = stateDir(opts.root);
+  let got: Acquired;
+  try {
+    ensureDir(dir, { mode: 0o700 });
+    got = await acquire(dir, LOCK_WAIT_MS, (h) => log.info(`waiting for the imds-init run with pid ${h.pid} (since ${h.since}) to finish`));
+  } catch (e) {
+    got = { kind: "error", error: (e as Error).message };
+  }
+  if (got.kind === "busy") {
+    const h = got.holder;
+    log.error(`not run: the imds-init run with pid ${h.pid} (since ${h.since}) still holds ${join(dir, paths.lockName)} after ${LOCK_WAIT_MS / 1000} s`);
+    return EXIT.failed;
+  }
+  // Without it (a read-only or full disk) the run goes on: it will report
+  // what it cannot write, and printing the fingerprints still matters.
+  if (got.kind === "error") log.warn(`running without the run lock: ${got.error}`);
+  try {
+    return await runUnlocked(opts, config, log, stdout);
+  } finally {
+    if (got.kind === "held") got.release();
+  }
+}
+
+async function runUnlocked(opts: Options, config: Config, log: Log, stdout: (t: string) => void): Promise<number> {
   const root = opts.root;
   const now = new Date();
   const todo = selected(opts, config);

@@ -138,9 +138,14 @@ function byPath(x: string, y: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }
 
-/** Leftovers of an interrupted write: our temp names, and user-data copies in the state directory. */
+/** Leftovers of an interrupted run: our temp names, user-data copies, and the run lock and its temp files. */
 function leftovers(s: Snapshot): string[] {
-  return [...s.keys()].filter((p) => /(^|\/)\.[^/]+\.imds-init-[0-9a-f]{12}$/.test(p) || /^var\/lib\/imds-init\/user-data\.[A-Za-z0-9._-]+\.[0-9a-f]{12}$/.test(p));
+  return [...s.keys()].filter(
+    (p) =>
+      /(^|\/)\.[^/]+\.imds-init-[0-9a-f]{12}$/.test(p) ||
+      /^var\/lib\/imds-init\/user-data\.[A-Za-z0-9._-]+\.[0-9a-f]{12}$/.test(p) ||
+      /^var\/lib\/imds-init\/(lock|\.lock\.\d+\.[0-9a-f]{8})$/.test(p),
+  );
 }
 
 function read(root: string, rel: string): string {
@@ -432,6 +437,7 @@ describe("hostile filesystem", () => {
     expect(r.code, r.stderr).toBe(1);
     const file = join(dir, "state.json");
     expect(r.stderr).toMatch(new RegExp(`^imds-init: cannot save state to ${file}: EROFS: read-only file system`, "m"));
+    expect(r.stderr).toMatch(new RegExp(`^imds-init: running without the run lock: cannot create ${dir}/\\.lock\\.\\d+\\.[0-9a-f]{8}: EROFS: read-only file system`, "m"));
     // Its copy cannot be written beside the state, so it never gets as far as recording a start.
     expect(r.stderr).toMatch(new RegExp(`^imds-init: user-data: failed: not run: cannot write ${dir}/user-data\\.${ID1}\\.[0-9a-f]{12}: EROFS: read-only file system.*; tried again at the next boot$`, "m"));
     expect(r.stderr).not.toContain("internal error");
@@ -608,6 +614,44 @@ describe("crash safety", () => {
     const r = await run(imdsArgs(root, emuWait, cfg));
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toMatch(new RegExp(`^imds-init: user-data: already ran for ${ID1} at .* \\(started\\); --force runs it again$`, "m"));
+    expect(markers(root)).toEqual([ID2, ID1]);
+    await expectCompleted(root, before);
+  });
+
+  it("two runs at once: the second waits for the first, finds everything done, and user-data runs once", async () => {
+    const root = newRoot(previous);
+    const before = snapshot(root);
+    const first = run(imdsArgs(root, emuWait, cfg));
+    // The first run is inside user-data (its marker is there) and holds the lock.
+    for (let i = 0; i < 1000 && !markers(root).includes(ID1); i++) await new Promise((r) => setTimeout(r, 10));
+    expect(markers(root)).toEqual([ID2, ID1]);
+    expect(fs.existsSync(join(root, "var/lib/imds-init/lock"))).toBe(true);
+    const second = run(imdsArgs(root, emuWait, cfg));
+    // Let the second one start and find the lock taken, then let the script finish.
+    await new Promise((r) => setTimeout(r, 1500));
+    fs.writeFileSync(join(root, "go"), "");
+    const [r1, r2] = await Promise.all([first, second]);
+    fs.rmSync(join(root, "go"));
+    expect(r1.code, r1.stderr).toBe(0);
+    expect(r2.code, r2.stderr).toBe(0);
+    expect(r2.stderr).toMatch(/^imds-init: waiting for the imds-init run with pid \d+ \(since \S+\) to finish$/m);
+    for (const step of ["hostname", "ssh-keys", "user-data", "basesystem"])
+      expect(r2.stderr).toMatch(new RegExp(`^imds-init: ${step}: already done for ${ID1} at `, "m"));
+    expect(markers(root)).toEqual([ID2, ID1]);
+    await expectCompleted(root, before);
+  });
+
+  it("a lock left by a run that was killed (or by another boot) does not stop the next run", async () => {
+    const root = newRoot(previous);
+    const before = snapshot(root);
+    // A pid that is certainly gone, and a lock line naming it.
+    const gone = spawnSync("true").pid!;
+    const lock = join(root, "var/lib/imds-init/lock");
+    fs.writeFileSync(lock, `imds-init lock: pid ${gone} start 1 boot ${read("/proc/sys/kernel/random", "boot_id").trim()} since 2026-01-01T00:00:00.000Z\n`, { mode: 0o600 });
+    fs.writeFileSync(join(root, "var/lib/imds-init", `.lock.${gone}.0123abcd`), "half");
+    const r = await run(imdsArgs(root, emu1, cfg));
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).not.toContain("waiting for");
     expect(markers(root)).toEqual([ID2, ID1]);
     await expectCompleted(root, before);
   });

@@ -130,6 +130,8 @@ async function closedPort(): Promise<number> {
 
 // What a run always adds to a fresh root, and what each step changes.
 const RUN = ["+ var/lib", "+ var/lib/imds-init", "+ var/lib/imds-init/state.json", "+ var/log/imds-init.log"];
+// A run that learnt nothing: its log, and the (empty) state directory its run lock was in.
+const LOG_ONLY = ["+ var/lib", "+ var/lib/imds-init", "+ var/log/imds-init.log"];
 const HOSTNAME_CHANGE = ["~ etc/hostname"];
 const KEYS_CHANGE = ["~ root/.ssh/authorized_keys"];
 const SCRIPT_RAN = [`+ ${RAN}`, "+ var/log/imds-init-user-data.log"];
@@ -181,7 +183,7 @@ afterAll(() => {
 });
 
 describe.concurrent("metadata service faults", () => {
-  it("down for the whole deadline: exit 3 after about the deadline, fingerprints still printed, each endpoint and its last error named, nothing but the log written", async () => {
+  it("down for the whole deadline: exit 3 after about the deadline, fingerprints still printed, each endpoint and its last error named, nothing but the log (and the empty state directory) written", async () => {
     const s = makeRoot();
     scratches.push(s);
     const [p1, p2] = [await closedPort(), await closedPort()];
@@ -203,7 +205,7 @@ describe.concurrent("metadata service faults", () => {
     expect(Number(m![1])).toBeLessThan(DEADLINE_S + 1);
     expect(r.ms).toBeGreaterThan(DEADLINE_S * 1000);
     expect(r.ms).toBeLessThan(DEADLINE_S * 1000 + 10_000);
-    expect(c.changes).toEqual(["+ var/log/imds-init.log"]);
+    expect(c.changes).toEqual(LOG_ONLY);
   });
 
   it("answering but refusing every request without a token while token requests go unanswered: exit 3 at the deadline, saying why", async () => {
@@ -217,7 +219,7 @@ describe.concurrent("metadata service faults", () => {
     // A probe started just before the deadline may finish after it: a token request and one GET.
     expect(Number(m![1])).toBeLessThan(DEADLINE_S + (2 * TIMEOUT_MS) / 1000 + 0.5);
     expect(c.requests.every((q) => q.status !== 200)).toBe(true);
-    expect(c.changes).toEqual(["+ var/log/imds-init.log"]);
+    expect(c.changes).toEqual(LOG_ONLY);
   });
 
   it("up late (3 s into an 8 s deadline): waits, then every step succeeds", async () => {
@@ -384,13 +386,13 @@ describe.concurrent("metadata service faults", () => {
     expect(c.changes).toEqual(expected(RUN, HOSTNAME_CHANGE, KEYS_CHANGE, SCRIPT_RAN));
   });
 
-  it("instance-id cut off mid-body: no step that needs metadata runs, fingerprints still printed, exit 1, nothing but the log written", async () => {
+  it("instance-id cut off mid-body: no step that needs metadata runs, fingerprints still printed, exit 1, nothing but the log (and the empty state directory) written", async () => {
     const c = await scenario(base(), ["--cut", "meta-data/instance-id"]);
     expect(c.r.code).toBe(1);
     expectConsole(c);
     expect(c.r.stderr).toContain("imds-init: meta-data/instance-id: no answer after 3 tries: connection closed before the answer was complete\n");
     for (const step of ["hostname", "ssh-keys", "user-data", "basesystem"]) expect(c.r.stderr).toContain(`imds-init: ${step}: not run: no instance-id\n`);
-    expect(c.changes).toEqual(["+ var/log/imds-init.log"]);
+    expect(c.changes).toEqual(LOG_ONLY);
   });
 
   it("user-data over the size cap, with Content-Length: refused without reading it, not run, exit 1", async () => {
