@@ -12,13 +12,12 @@
 import { describe, it, expect, beforeAll, afterAll } from "vitest";
 import * as fs from "node:fs";
 import { spawn, spawnSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { BINARY, requireBinary } from "./binary.ts";
 import { startEmulator, type Emulator, type InstanceData } from "../scripts/imds-emulator.ts";
+import { ENV, sh, snapshotTree as snapshot, treeChanges as changes, byPath, type Snapshot } from "./scratch.ts";
 
-const ENV = { PATH: "/usr/sbin:/usr/bin:/sbin:/bin" };
 const ID1 = "i-0fa17000000000001";
 const ID2 = "i-0fa17000000000002";
 const HOST1 = "node-1.fault.internal";
@@ -27,13 +26,6 @@ const OLD_HOSTNAME = "template.localdomain\n";
 const ALICE = { uid: 1000, gid: 1000 };
 
 // ---------------------------------------------------------------- helpers
-
-function sh(cmd: string, args: string[]): string {
-  const r = spawnSync(cmd, args, { encoding: "utf8", env: ENV });
-  if (r.error) throw r.error;
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")}: exit ${r.status}: ${r.stderr}`);
-  return r.stdout;
-}
 
 interface Ran {
   code: number | null;
@@ -66,76 +58,6 @@ function run(argv: string[], opts: { killAfterMs?: number; killWhen?: Promise<un
 
 function imdsArgs(root: string, emu: Emulator, config: string): string[] {
   return [BINARY, "run", "--root", root, "--config", config, "--metadata-url", emu.url];
-}
-
-interface Entry {
-  kind: "file" | "dir" | "link" | "other";
-  mode: number;
-  uid: number;
-  gid: number;
-  sha256?: string;
-  target?: string;
-  ino: number;
-  mtimeMs: number;
-}
-type Snapshot = Map<string, Entry>;
-
-/** Every path under `dir` (relative), never following a symlink. */
-function snapshot(dir: string): Snapshot {
-  const out: Snapshot = new Map();
-  const walk = (rel: string): void => {
-    for (const name of fs.readdirSync(join(dir, rel)).sort()) {
-      const r = rel ? `${rel}/${name}` : name;
-      const p = join(dir, r);
-      const st = fs.lstatSync(p);
-      const e: Entry = { kind: "other", mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, ino: st.ino, mtimeMs: st.mtimeMs };
-      if (st.isSymbolicLink()) {
-        e.kind = "link";
-        e.target = fs.readlinkSync(p);
-      } else if (st.isDirectory()) {
-        e.kind = "dir";
-      } else if (st.isFile()) {
-        e.kind = "file";
-        e.sha256 = createHash("sha256").update(fs.readFileSync(p)).digest("hex");
-      }
-      out.set(r, e);
-      if (e.kind === "dir") walk(r);
-    }
-  };
-  walk("");
-  return out;
-}
-
-/**
- * What changed from `a` to `b`, sorted: "+ path" added, "- path" removed,
- * "~ path" type, mode, owner, content or target changed. With `inodes`, a
- * regular file rewritten with the same bytes (new inode or mtime) counts too.
- */
-function changes(a: Snapshot, b: Snapshot, inodes = false): string[] {
-  const out: string[] = [];
-  for (const [p, e] of a) {
-    const f = b.get(p);
-    if (!f) out.push(`- ${p}`);
-    else if (
-      e.kind !== f.kind ||
-      e.mode !== f.mode ||
-      e.uid !== f.uid ||
-      e.gid !== f.gid ||
-      e.sha256 !== f.sha256 ||
-      e.target !== f.target ||
-      (inodes && e.kind === "file" && (e.ino !== f.ino || e.mtimeMs !== f.mtimeMs))
-    )
-      out.push(`~ ${p}`);
-  }
-  for (const p of b.keys()) if (!a.has(p)) out.push(`+ ${p}`);
-  return out.sort(byPath);
-}
-
-/** Change lines ordered by path, byte-wise. */
-function byPath(x: string, y: string): number {
-  const a = x.slice(2);
-  const b = y.slice(2);
-  return a < b ? -1 : a > b ? 1 : 0;
 }
 
 /** Leftovers of an interrupted run: our temp names, user-data copies, and the run lock and its temp files. */
@@ -319,6 +241,17 @@ const FIRST_BOOT = [
   "+ var/lib/imds-init/state.json",
   "+ var/log/imds-init-user-data.log",
   "+ var/log/imds-init.log",
+];
+
+// What a booted root changes when it boots as a new instance.
+const NEW_INSTANCE = [
+  "~ etc/hostname",
+  "~ home/alice/.ssh/authorized_keys",
+  "~ root/.ssh/authorized_keys",
+  "~ ud-marker",
+  "~ var/lib/imds-init/state.json",
+  "~ var/log/imds-init-user-data.log",
+  "~ var/log/imds-init.log",
 ];
 
 /** The template's authorized_keys after instance 1 (ops, ci) was merged in. */
@@ -581,13 +514,7 @@ describe("crash safety", () => {
     expect(changes(before, after)).toEqual(
       [
         ...stale.map((p) => `- ${p}`),
-        "~ etc/hostname",
-        "~ home/alice/.ssh/authorized_keys",
-        "~ root/.ssh/authorized_keys",
-        "~ ud-marker",
-        "~ var/lib/imds-init/state.json",
-        "~ var/log/imds-init-user-data.log",
-        "~ var/log/imds-init.log",
+        ...NEW_INSTANCE,
       ].sort(byPath),
     );
     for (const p of notOurs) expect(read(root, p)).toBe("half writ");
@@ -821,15 +748,7 @@ describe("idempotence", () => {
     expect(read(ten, "home/alice/.ssh/authorized_keys")).toBe(aliceKeysAfter1() + keyFile(pub.carol));
     expect(Object.values(results(ten))).toEqual(Array(5).fill(`ok ${ID2}`));
     const afterMove = snapshot(ten);
-    expect(changes(afterTen, afterMove)).toEqual([
-      "~ etc/hostname",
-      "~ home/alice/.ssh/authorized_keys",
-      "~ root/.ssh/authorized_keys",
-      "~ ud-marker",
-      "~ var/lib/imds-init/state.json",
-      "~ var/log/imds-init-user-data.log",
-      "~ var/log/imds-init.log",
-    ]);
+    expect(changes(afterTen, afterMove)).toEqual(NEW_INSTANCE);
     for (let i = 0; i < 3; i++) {
       const r = await run(imdsArgs(ten, emu2, cfg));
       expect(r.code, r.stderr).toBe(0);

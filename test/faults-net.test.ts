@@ -18,7 +18,7 @@ import { hostname as liveHostname } from "node:os";
 import { join } from "node:path";
 import { createGzip, gzipSync } from "node:zlib";
 import { BINARY, requireBinary } from "./binary.ts";
-import { EMULATOR, NODE, TEMPLATE_HOSTNAME, makeRoot, runAsync, snapshotTree, startEmulator, templateHostKeys, treeChanges, type Ran, type Scratch, type Snapshot } from "./scratch.ts";
+import { EMULATOR, NODE, TEMPLATE_HOSTNAME, byPath, makeRoot, runAsync, snapshotTree, startEmulator, templateHostKeys, treeChanges, type Ran, type Scratch, type Snapshot } from "./scratch.ts";
 import type { InstanceData, RequestRecord } from "../scripts/imds-emulator.ts";
 
 // A short deadline keeps the suite fast: the service gets 2 s. A request gets
@@ -137,7 +137,7 @@ const KEYS_CHANGE = ["~ root/.ssh/authorized_keys"];
 const SCRIPT_RAN = [`+ ${RAN}`, "+ var/log/imds-init-user-data.log"];
 
 function expected(...groups: string[][]): string[] {
-  return groups.flat().sort((x, y) => (x.slice(2) < y.slice(2) ? -1 : x.slice(2) > y.slice(2) ? 1 : 0));
+  return groups.flat().sort(byPath);
 }
 
 /** What every run must show whatever went wrong: the host key block on stdout, no raw control characters on the console. */
@@ -157,6 +157,16 @@ function expectAliceInstalled(c: Case): void {
 }
 
 /** The state's result per step. */
+/** The instance with two keys: alice (index 0) and bob (index 1). */
+function aliceAndBob(): InstanceData {
+  return base({}, {
+    "public-keys": [
+      { name: "alice", "openssh-key": `ssh-ed25519 ${ALICE} alice@laptop` },
+      { name: "bob", "openssh-key": `ssh-ed25519 ${BOB} bob@ci` },
+    ],
+  });
+}
+
 function results(c: Case): Record<string, string> {
   return Object.fromEntries(Object.entries(c.state?.steps ?? {}).map(([k, v]) => [k, v.result]));
 }
@@ -262,12 +272,7 @@ describe.concurrent("metadata service faults", () => {
   });
 
   it("HTTP 429 for ever on one key: that key is rejected by index, the others are installed, exit 1", async () => {
-    const data = base({}, {
-      "public-keys": [
-        { name: "alice", "openssh-key": `ssh-ed25519 ${ALICE} alice@laptop` },
-        { name: "bob", "openssh-key": `ssh-ed25519 ${BOB} bob@ci` },
-      ],
-    });
+    const data = aliceAndBob();
     const c = await scenario(data, ["--status", "meta-data/public-keys/1/openssh-key=429"]);
     expect(c.r.code).toBe(1);
     expectConsole(c);
@@ -371,12 +376,7 @@ describe.concurrent("metadata service faults", () => {
   });
 
   it("a key cut off mid-body: that key rejected by index, nothing half-written, exit 1", async () => {
-    const data = base({}, {
-      "public-keys": [
-        { name: "alice", "openssh-key": `ssh-ed25519 ${ALICE} alice@laptop` },
-        { name: "bob", "openssh-key": `ssh-ed25519 ${BOB} bob@ci` },
-      ],
-    });
+    const data = aliceAndBob();
     const c = await scenario(data, ["--cut", "meta-data/public-keys/0/openssh-key"]);
     expect(c.r.code).toBe(1);
     expectConsole(c);

@@ -21,7 +21,8 @@ export const NODE = process.execPath;
 /** /etc/hostname of every scratch root before a run. */
 export const TEMPLATE_HOSTNAME = "template.localdomain\n";
 
-function sh(cmd: string, args: string[]): string {
+/** Run a command (never through a shell); its stdout, or an error naming it. */
+export function sh(cmd: string, args: string[]): string {
   const r = spawnSync(cmd, args, { encoding: "utf8", env: ENV });
   if (r.error) throw r.error;
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")}: exit ${r.status}: ${r.stderr}`);
@@ -212,6 +213,8 @@ export interface Entry {
   sha256?: string;
   /** Symlinks. */
   target?: string;
+  ino: number;
+  mtimeMs: number;
 }
 export type Snapshot = Map<string, Entry>;
 
@@ -223,7 +226,7 @@ export function snapshotTree(dir: string): Snapshot {
       const r = rel ? `${rel}/${name}` : name;
       const p = join(dir, r);
       const st = fs.lstatSync(p);
-      const e: Entry = { kind: "other", mode: st.mode & 0o7777, uid: st.uid, gid: st.gid };
+      const e: Entry = { kind: "other", mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, ino: st.ino, mtimeMs: st.mtimeMs };
       if (st.isSymbolicLink()) {
         e.kind = "link";
         e.target = fs.readlinkSync(p);
@@ -241,16 +244,34 @@ export function snapshotTree(dir: string): Snapshot {
   return out;
 }
 
-/** What changed from `a` to `b`, sorted by path: "+ p" added, "- p" removed, "~ p" kind, mode, owner, content or target changed. */
-export function treeChanges(a: Snapshot, b: Snapshot): string[] {
+/**
+ * What changed from `a` to `b`, sorted by path: "+ p" added, "- p" removed,
+ * "~ p" kind, mode, owner, content or target changed. With `inodes`, a
+ * regular file rewritten with the same bytes (new inode or mtime) counts too.
+ */
+export function treeChanges(a: Snapshot, b: Snapshot, inodes = false): string[] {
   const out: string[] = [];
   for (const [p, e] of a) {
     const f = b.get(p);
     if (!f) out.push(`- ${p}`);
-    else if (e.kind !== f.kind || e.mode !== f.mode || e.uid !== f.uid || e.gid !== f.gid || e.sha256 !== f.sha256 || e.target !== f.target)
+    else if (
+      e.kind !== f.kind ||
+      e.mode !== f.mode ||
+      e.uid !== f.uid ||
+      e.gid !== f.gid ||
+      e.sha256 !== f.sha256 ||
+      e.target !== f.target ||
+      (inodes && e.kind === "file" && (e.ino !== f.ino || e.mtimeMs !== f.mtimeMs))
+    )
       out.push(`~ ${p}`);
   }
   for (const p of b.keys()) if (!a.has(p)) out.push(`+ ${p}`);
-  return out.sort((x, y) => (x.slice(2) < y.slice(2) ? -1 : x.slice(2) > y.slice(2) ? 1 : 0));
+  return out.sort(byPath);
 }
 
+/** Change lines ("+ path", "~ path"...) ordered by path, byte-wise. */
+export function byPath(x: string, y: string): number {
+  const a = x.slice(2);
+  const b = y.slice(2);
+  return a < b ? -1 : a > b ? 1 : 0;
+}
