@@ -58,6 +58,18 @@ function alive(h: Holder): boolean {
   return h.boot === bootId() && startTime(h.pid) === h.start;
 }
 
+/** The live run holding the lock in `dir`, if any (for `imds-init status`). */
+export function runningHolder(dir: string): Holder | null {
+  const lock = join(dir, paths.lockName);
+  try {
+    if (!fs.lstatSync(lock).isFile()) return null;
+  } catch {
+    return null;
+  }
+  const h = parse(readOr(lock, ""));
+  return h && alive(h) ? h : null;
+}
+
 const errno = (e: unknown): string | undefined => (e as NodeJS.ErrnoException).code;
 
 /** Temp files of runs killed while they waited for the lock. */

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { status } from "../src/commands/status.ts";
 import { parseArgs } from "../src/cli.ts";
 import { defaults } from "../src/config.ts";
+import { acquire } from "../src/lock.ts";
 
 const roots: string[] = [];
 afterAll(() => {
@@ -124,7 +125,28 @@ describe("imds-init status", () => {
     expect(human).toEqual({ code: 0, out: `imds-init has not run here (no state in ${dir}/var/lib/imds-init/state.json)\n`, err: "" });
     const json = statusOf(dir, "--json");
     expect(json.code).toBe(0);
-    expect(JSON.parse(json.out)).toEqual({ state_file: `${dir}/var/lib/imds-init/state.json`, has_run: false });
+    expect(JSON.parse(json.out)).toEqual({ state_file: `${dir}/var/lib/imds-init/state.json`, has_run: false, running: null });
+  });
+
+  it("says when a run is at work (a live holder of the run lock), and ignores a stale lock", async () => {
+    const dir = root(state);
+    const lockDir = join(dir, "var/lib/imds-init");
+    const got = await acquire(lockDir, 0, () => {});
+    if (got.kind !== "held") throw new Error(JSON.stringify(got));
+    const since = JSON.parse(statusOf(dir, "--json").out).running.since as string;
+    expect(since).toMatch(/^\d{4}-\d\d-\d\dT/);
+    expect(JSON.parse(statusOf(dir, "--json").out).running).toEqual({ pid: process.pid, since });
+    expect(statusOf(dir).out.split("\n").slice(0, 2)).toEqual([`state           ${dir}/var/lib/imds-init/state.json`, `running         imds-init pid ${process.pid}, since ${since}`]);
+    const fresh = root();
+    mkdirSync(join(fresh, "var/lib/imds-init"), { recursive: true });
+    const got2 = await acquire(join(fresh, "var/lib/imds-init"), 0, () => {});
+    expect(statusOf(fresh).out).toBe(`imds-init has not run here (no state in ${fresh}/var/lib/imds-init/state.json); imds-init pid ${process.pid} is running since ${(JSON.parse(statusOf(fresh, "--json").out).running as { since: string }).since}\n`);
+    if (got2.kind === "held") got2.release();
+    got.release();
+    // A lock whose process is gone says nothing.
+    writeFileSync(join(lockDir, "lock"), `imds-init lock: pid ${process.pid} start 1 boot x since 2026-01-01T00:00:00.000Z\n`);
+    expect(statusOf(dir).out).not.toContain("running");
+    expect(JSON.parse(statusOf(dir, "--json").out).running).toBeNull();
   });
 
   it("fails with a clear message when the state cannot be read", () => {

@@ -3,7 +3,8 @@
 // so it works at a rescue console and on an image mounted elsewhere.
 import { STEP_NAMES, type Options, type StepName } from "../cli.ts";
 import type { Config } from "../config.ts";
-import { loadState, stateFile, StateUnreadable, type State, type StepRecord } from "../state.ts";
+import { loadState, stateDir, stateFile, StateUnreadable, type State, type StepRecord } from "../state.ts";
+import { runningHolder, type Holder } from "../lock.ts";
 import { EXIT } from "../exit.ts";
 
 const WIDTH = 16; // "template built" and two spaces
@@ -37,10 +38,12 @@ function older(state: State, rec: StepRecord): boolean {
   return state.instance_id !== undefined && rec.instance_id !== state.instance_id;
 }
 
-function human(state: State, file: string): string {
+function human(state: State, file: string, running: Holder | null): string {
   const lines: string[] = [];
   const row = (label: string, value: string) => lines.push(label.padEnd(WIDTH) + value);
   row("state", printable(file));
+  // What follows may be about to change: a run is at work (at boot, or user-data still running).
+  if (running) row("running", `imds-init pid ${running.pid}, since ${printable(running.since)}`);
   row("instance", state.instance_id ? `${printable(state.instance_id)} (first seen ${printable(state.first_seen ?? "unknown")})` : "unknown (the metadata service was never reached)");
   const d = dates(state);
   const base = state.steps.basesystem;
@@ -60,7 +63,7 @@ function human(state: State, file: string): string {
   return lines.join("\n") + "\n";
 }
 
-function json(state: State, file: string): string {
+function json(state: State, file: string, running: Holder | null): string {
   const d = dates(state);
   const steps: Partial<Record<StepName, StepRecord & { older_instance: boolean }>> = {};
   for (const [name, rec] of Object.entries(state.steps) as [StepName, StepRecord][]) {
@@ -68,7 +71,15 @@ function json(state: State, file: string): string {
   }
   return (
     JSON.stringify(
-      { ...state, state_file: file, has_run: true, template_built: d.template ?? null, instance_built: d.instance ?? null, steps },
+      {
+        ...state,
+        state_file: file,
+        has_run: true,
+        running: running && { pid: running.pid, since: running.since },
+        template_built: d.template ?? null,
+        instance_built: d.instance ?? null,
+        steps,
+      },
       null,
       2,
     ) + "\n"
@@ -90,10 +101,16 @@ export function status(
     stderr(`imds-init: cannot read the state: ${e.message}\n`);
     return EXIT.failed;
   }
+  const running = runningHolder(stateDir(opts.root));
   if (state.instance_id === undefined && Object.keys(state.steps).length === 0) {
-    stdout(opts.json ? JSON.stringify({ state_file: file, has_run: false }) + "\n" : `imds-init has not run here (no state in ${printable(file)})\n`);
+    const now = running ? `; imds-init pid ${running.pid} is running since ${printable(running.since)}` : "";
+    stdout(
+      opts.json
+        ? JSON.stringify({ state_file: file, has_run: false, running: running && { pid: running.pid, since: running.since } }) + "\n"
+        : `imds-init has not run here (no state in ${printable(file)})${now}\n`,
+    );
     return EXIT.ok;
   }
-  stdout(opts.json ? json(state, file) : human(state, file));
+  stdout(opts.json ? json(state, file, running) : human(state, file, running));
   return EXIT.ok;
 }
