@@ -15,7 +15,7 @@ import { Log } from "../src/log.ts";
 import type { Metadata } from "../src/imds/metadata.ts";
 import { scriptEnv } from "../src/os.ts";
 import type { StepContext } from "../src/steps/step.ts";
-import { run, describeUserData, execute, gunzipBounded } from "../src/steps/user-data.ts";
+import { run, describeUserData, execute, gunzipBounded, removeStaleScripts } from "../src/steps/user-data.ts";
 
 class FakeMetadata implements Metadata {
   readonly endpoint = "http://fake.invalid";
@@ -230,7 +230,8 @@ describe("user-data: running a script", () => {
     fs.mkdirSync(stateDir(), { recursive: true, mode: 0o700 });
     fs.writeFileSync(join(stateDir(), `user-data.${ID}.0123456789ab`), "#!/bin/sh\n");
     fs.writeFileSync(join(stateDir(), "state.json"), "{}");
-    await run(ctx("#!/bin/sh\n"));
+    // Done by run.ts at the start of every run (under the run lock), not by the step.
+    removeStaleScripts(stateDir());
     expect(fs.readdirSync(stateDir())).toEqual(["state.json"]);
   });
 });

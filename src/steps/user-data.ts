@@ -175,9 +175,9 @@ function findChroot(): string | null {
 
 /**
  * Remove script copies an interrupted run left in the state directory (ours
- * by name, regular files only). run.ts calls it at every run: after a crash
- * mid-script user-data is recorded as started and never runs again, so its
- * own cleanup would never come.
+ * by name, regular files only). run.ts calls it at the start of every run,
+ * under the run lock: after a crash mid-script user-data is recorded as
+ * started and never runs again, so the step itself could not be relied on.
  */
 export function removeStaleScripts(dir: string): void {
   // Missing: nothing left behind. A symlink: never followed (saving the state refuses it too).
@@ -253,7 +253,6 @@ export async function run(ctx: StepContext): Promise<StepResult> {
   try {
     try {
       ensureDir(stateDir, { mode: 0o700 });
-      removeStaleScripts(stateDir);
       const id = (ctx.instanceId ?? "unknown").replace(/[^A-Za-z0-9._-]/g, "_");
       file = join(stateDir, `user-data.${id}.${randomBytes(6).toString("hex")}`);
       writeFileExclusive(file, body, 0o700);
