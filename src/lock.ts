@@ -11,6 +11,7 @@ import * as fs from "node:fs";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { paths } from "./os.ts";
+import { readFileSafe } from "./files.ts";
 
 export interface Holder {
   pid: number;
@@ -35,6 +36,15 @@ function readOr(path: string, dflt: string): string {
     return fs.readFileSync(path, "utf8");
   } catch {
     return dflt;
+  }
+}
+
+/** The lock's line: never through a symlink, never more than a line's worth; "" when unreadable. */
+function lockText(lock: string): string {
+  try {
+    return readFileSafe(lock, 512)?.toString("utf8") ?? "";
+  } catch {
+    return "";
   }
 }
 
@@ -66,7 +76,7 @@ export function runningHolder(dir: string): Holder | null {
   } catch {
     return null;
   }
-  const h = parse(readOr(lock, ""));
+  const h = parse(lockText(lock));
   return h && alive(h) ? h : null;
 }
 
@@ -105,7 +115,7 @@ export async function acquire(dir: string, waitMs: number, onWait: (h: Holder) =
   // The very file that was looked at: same inode (numbers are reused) and same line.
   const still = (ino: number, text: string): boolean => {
     try {
-      return fs.lstatSync(lock).ino === ino && readOr(lock, "") === text;
+      return fs.lstatSync(lock).ino === ino && lockText(lock) === text;
     } catch {
       return false;
     }
@@ -149,7 +159,7 @@ export async function acquire(dir: string, waitMs: number, onWait: (h: Holder) =
         continue; // released between our link and this look: try again
       }
       if (!st.isFile()) return { kind: "error", error: `${lock} is not a regular file; refusing to use it` };
-      const text = readOr(lock, "");
+      const text = lockText(lock);
       const holder = parse(text);
       if (!holder || !alive(holder)) {
         // Its holder is gone. Removed only if it is still the very file that

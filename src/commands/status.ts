@@ -38,6 +38,11 @@ function older(state: State, rec: StepRecord): boolean {
   return state.instance_id !== undefined && rec.instance_id !== state.instance_id;
 }
 
+/** What status says of a run at work: no more than who and since when. */
+function runningJson(h: Holder | null): { pid: number; since: string } | null {
+  return h && { pid: h.pid, since: h.since };
+}
+
 function human(state: State, file: string, running: Holder | null): string {
   const lines: string[] = [];
   const row = (label: string, value: string) => lines.push(label.padEnd(WIDTH) + value);
@@ -75,7 +80,7 @@ function json(state: State, file: string, running: Holder | null): string {
         ...state,
         state_file: file,
         has_run: true,
-        running: running && { pid: running.pid, since: running.since },
+        running: runningJson(running),
         template_built: d.template ?? null,
         instance_built: d.instance ?? null,
         steps,
@@ -106,7 +111,7 @@ export function status(
     const now = running ? `; imds-init pid ${running.pid} is running since ${printable(running.since)}` : "";
     stdout(
       opts.json
-        ? JSON.stringify({ state_file: file, has_run: false, running: running && { pid: running.pid, since: running.since } }) + "\n"
+        ? JSON.stringify({ state_file: file, has_run: false, running: runningJson(running) }) + "\n"
         : `imds-init has not run here (no state in ${printable(file)})${now}\n`,
     );
     return EXIT.ok;
